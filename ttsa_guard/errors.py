@@ -1,0 +1,128 @@
+"""Exceptions raised by ttsa-guard.
+
+Every error derives from :class:`TTSAGuardError`. Leaves also derive from the
+built-in class that callers already catch for that kind of failure::
+
+    TTSAGuardError
+    ├── ConfigurationError(ValueError)       invalid setting or unknown name
+    ├── InvalidInputError(ValueError)        messages the guard cannot process
+    │   └── PromptTooLongError               prompt exceeds the model's context
+    ├── ModelLoadError(RuntimeError)         a chat model or tokenizer failed to load
+    ├── ScorerError(RuntimeError)            a moderation scorer returned no usable score
+    │   ├── ModerationTimeoutError(TimeoutError)
+    │   └── ModerationAPIError               the moderation server answered with an error
+    │       ├── ModerationAuthenticationError    401 or 403
+    │       └── ModerationRateLimitError         429 after every retry
+    ├── CorrectionFailedError(RuntimeError)  a flagged response stayed flagged
+    └── BudgetExceededError(CorrectionFailedError)  time or generation budget ran out
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BudgetExceededError",
+    "ConfigurationError",
+    "CorrectionFailedError",
+    "InvalidInputError",
+    "ModelLoadError",
+    "ModerationAPIError",
+    "ModerationAuthenticationError",
+    "ModerationRateLimitError",
+    "ModerationTimeoutError",
+    "PromptTooLongError",
+    "ScorerError",
+    "TTSAGuardError",
+]
+
+
+class TTSAGuardError(Exception):
+    """Base class of every error raised by ttsa-guard."""
+
+
+class ConfigurationError(TTSAGuardError, ValueError):
+    """A setting is out of range, inconsistent with another, or names nothing known."""
+
+
+class InvalidInputError(TTSAGuardError, ValueError):
+    """The messages passed to the guard cannot be processed."""
+
+
+class PromptTooLongError(InvalidInputError):
+    """The rendered prompt plus the new tokens do not fit the model's context window.
+
+    Attributes:
+        prompt_tokens: Tokens in the rendered prompt.
+        max_new_tokens: Tokens reserved for the response.
+        context_length: The model's maximum number of positions.
+    """
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+        msg = (
+            f"The prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
+            f"but the model's context holds {context_length} tokens. Shorten the messages or "
+            f"lower max_new_tokens to at most {max(context_length - prompt_tokens, 0)}."
+        )
+        super().__init__(msg)
+
+
+class ModelLoadError(TTSAGuardError, RuntimeError):
+    """A chat model, tokenizer or classifier could not be loaded."""
+
+
+class ScorerError(TTSAGuardError, RuntimeError):
+    """A moderation scorer failed, so no text could be judged safe.
+
+    Attributes:
+        scorer: Name of the scorer that failed.
+    """
+
+    def __init__(self, message: str, *, scorer: str = "unknown") -> None:
+        self.scorer = scorer
+        super().__init__(message)
+
+
+class ModerationTimeoutError(ScorerError, TimeoutError):
+    """The moderation server did not answer within the timeout, after every retry."""
+
+
+class ModerationAPIError(ScorerError):
+    """The moderation server answered with an error status or an unreadable body.
+
+    Attributes:
+        status_code: HTTP status of the last response, or None when the body was unreadable
+            before a status could be read.
+    """
+
+    def __init__(self, message: str, *, scorer: str = "openai", status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message, scorer=scorer)
+
+
+class ModerationAuthenticationError(ModerationAPIError):
+    """The moderation server rejected the API key (HTTP 401 or 403)."""
+
+
+class ModerationRateLimitError(ModerationAPIError):
+    """The moderation server kept answering HTTP 429 after every retry."""
+
+
+class CorrectionFailedError(TTSAGuardError, RuntimeError):
+    """The optimizer could not make a flagged response score as safe.
+
+    Attributes:
+        audit: The audit record of the call as a dict: scores before and after, steps taken,
+            generations and scores spent, and the stop reason.
+    """
+
+    def __init__(self, message: str, *, audit: dict[str, Any] | None = None) -> None:
+        self.audit = audit or {}
+        super().__init__(message)
+
+
+class BudgetExceededError(CorrectionFailedError):
+    """The wall-clock or generation budget of one guarded call ran out."""
