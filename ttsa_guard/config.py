@@ -138,8 +138,9 @@ class OptimizerConfig(_Config):
     """Seed of the random directions: same seed, same settings, same answer."""
 
     accept_early: bool = True
-    """Accept a perturbed candidate at once when its response is no longer flagged, instead of
-    waiting for the next step's response. Default True; the reference mode turns it off."""
+    """Accept a perturbed candidate at once when its response is no longer flagged and its mean
+    cosine similarity to the original is at least ``cosine_floor``, instead of waiting for the
+    next step's response. Default True; the reference mode turns it off."""
 
     generation_batch_size: int | None = Field(default=None, ge=1, le=4096)
     """Perturbed prompts generated per batch. None (default) generates all N together; 1 is the

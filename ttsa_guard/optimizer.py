@@ -272,7 +272,11 @@ class _Run:
             texts, results = self._evaluate(chunk)
             candidate_scores.extend(r.score for r in results)
 
-            accepted = [i for i, (t, r) in enumerate(zip(texts, results)) if self.optimizer.is_accepted(t, r)]
+            accepted = [
+                i
+                for i, (t, r) in enumerate(zip(texts, results))
+                if self.optimizer.is_accepted(t, r) and self._within_floor(chunk[i])
+            ]
             if config.accept_early and accepted:
                 best = min(accepted, key=lambda i: results[i].score)
                 self.x = chunk[best].clone()
@@ -295,6 +299,11 @@ class _Run:
         self.text, self.result = texts[0], results[0]
         self._record(iteration)
         return self.optimizer.is_accepted(self.text, self.result)
+
+    def _within_floor(self, candidate: torch.Tensor) -> bool:
+        """Return whether a candidate keeps the mean cosine similarity at or above the floor."""
+        floor = self.config.cosine_floor
+        return floor is None or mean_cosine_similarity(candidate, self.original) >= floor
 
     def _evaluate(self, batch: torch.Tensor) -> tuple[list[str], list[ModerationResult]]:
         """Generate and score a [B, T, d] batch, charging the budgets first."""
