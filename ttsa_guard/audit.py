@@ -47,6 +47,9 @@ class GuardAudit(BaseModel):
 
     model: str
     scorer: str
+    """Scorer that gave the verdicts before and after."""
+    search_scorer: str | None = None
+    """Scorer that drove the optimizer's search in a scorer cascade; None when ``scorer`` did."""
     score_before: float | None
     """Score of the plain response; None when the scorer failed before answering."""
     flagged_before: bool | None
@@ -58,7 +61,9 @@ class GuardAudit(BaseModel):
     generations: int = 0
     """Generations spent, the plain response included."""
     scores: int = 0
-    """Texts sent to the scorer, the plain response included."""
+    """Texts scored during the call (by the search scorer in a cascade), the plain response included."""
+    verifications: int = 0
+    """Responses the search scorer passed that went to ``scorer`` for the verdict (cascade only)."""
     seconds: float = 0.0
     cosine_similarity: float | None = None
     """Mean cosine similarity of the steered prompt embeddings to the original (None if not steered)."""

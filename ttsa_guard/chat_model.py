@@ -93,6 +93,10 @@ class GuardedChatModel(BaseChatModel):
     """Scorer name (see :func:`~ttsa_guard.moderation.load_scorer`), a Scorer, or a function from
     text to a score in [0, 1]."""
 
+    search_scorer: Any = None
+    """Optional cheaper scorer that drives the optimizer's search while ``scorer`` gives every
+    verdict (a scorer cascade); same forms as ``scorer``. None: ``scorer`` does both."""
+
     temperature: float | None = None
     """Shortcut for ``generation.temperature``."""
 
@@ -155,10 +159,12 @@ class GuardedChatModel(BaseChatModel):
 
         return value
 
-    @field_validator("scorer")
+    @field_validator("scorer", "search_scorer")
     @classmethod
     def _check_scorer(cls, value: Any) -> Any:
-        load_scorer(value)  # raises ConfigurationError for unknown names
+        if value is not None:
+            load_scorer(value)  # raises ConfigurationError for unknown names
+
         return value
 
     @property
@@ -197,6 +203,7 @@ class GuardedChatModel(BaseChatModel):
                 self._guard = Guard(
                     backend,
                     load_scorer(self.scorer),
+                    search_scorer=load_scorer(self.search_scorer) if self.search_scorer is not None else None,
                     generation=self._generation_config(None),
                     optimizer=self.optimizer,
                     config=self.guard,

@@ -182,6 +182,11 @@ class GuardConfig(_Config):
     refusal_text: str = Field(default="I can't help with that request.", min_length=1)
     """Text returned by the ``refuse`` policies."""
 
+    score_cache_size: int | None = Field(default=4096, ge=0)
+    """Recent (text, prompt) scores kept in memory, so repeated responses are scored once.
+    0 only merges identical texts within one scorer call; None (the reference mode) scores
+    every text. Default 4096."""
+
     scorer_failure_policy: Literal["raise", "refuse"] = "raise"
     """What to do when the scorer cannot answer: ``raise`` (default) a ScorerError, or return
     ``refusal_text``. The guard never returns an unscored response."""

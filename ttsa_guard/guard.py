@@ -17,6 +17,7 @@ from ttsa_guard.backends.base import Backend, EncodedPrompt
 from ttsa_guard.config import GenerationConfig, GuardConfig, OptimizerConfig
 from ttsa_guard.errors import BudgetExceededError, CorrectionFailedError, PromptTooLongError, ScorerError, TTSAGuardError
 from ttsa_guard.moderation.base import ModerationResult, Scorer
+from ttsa_guard.moderation.cache import CachedScorer
 from ttsa_guard.optimizer import OptimizationResult, ZerothOrderOptimizer
 
 __all__ = ["Guard"]
@@ -29,7 +30,11 @@ class Guard:
 
     Args:
         backend: Produces text from prompt embeddings.
-        scorer: Judges texts; its failures never let an unscored text through.
+        scorer: Judges texts; its failures never let an unscored text through. It gives the
+            verdict on the plain response and on every response the guard returns.
+        search_scorer: Optional cheaper scorer that drives the optimizer's search (a scorer
+            cascade). A response it no longer flags is accepted only when ``scorer`` agrees,
+            so a correction costs a few calls to ``scorer`` instead of one per generation.
         generation: Decoding settings.
         optimizer: Zeroth-order optimizer settings.
         config: Failure policies and the refusal text.
@@ -40,15 +45,21 @@ class Guard:
         backend: Backend,
         scorer: Scorer,
         *,
+        search_scorer: Scorer | None = None,
         generation: GenerationConfig | None = None,
         optimizer: OptimizerConfig | None = None,
         config: GuardConfig | None = None,
     ) -> None:
         self.backend = backend
-        self.scorer = scorer
+        self.config = config or GuardConfig()
+        self.scorer = self._with_cache(scorer)
+        self.search_scorer = self._with_cache(search_scorer) if search_scorer is not None else None
         self.generation = generation or GenerationConfig()
         self.optimizer = ZerothOrderOptimizer(optimizer)
-        self.config = config or GuardConfig()
+
+    def _with_cache(self, scorer: Scorer) -> Scorer:
+        size = self.config.score_cache_size
+        return scorer if size is None else CachedScorer(scorer, max_size=size)
 
     def run(
         self,
@@ -73,6 +84,7 @@ class Guard:
             status="passed",
             model=self.backend.name,
             scorer=self.scorer.name,
+            search_scorer=self.search_scorer.name if self.search_scorer is not None else None,
             score_before=plain_result.score,
             flagged_before=self.optimizer.is_flagged(plain_result),
             score_after=plain_result.score,
@@ -86,17 +98,23 @@ class Guard:
             self._log(audit)
             return self._outcome(plain.text, plain.text, plain_result, plain_result, audit, prompt, len(plain.token_ids))
 
+        search = self.search_scorer or self.scorer
         try:
+            start_result = plain_result if search is self.scorer else self._score(prompt, [plain.text], search)[0]
             result = self.optimizer.optimize(
                 prompt.editable_embeds,
                 plain.text,
-                plain_result,
+                start_result,
                 generate=lambda batch: [g.text for g in self.backend.generate(prompt, batch, generation)],
-                score=lambda texts: self._score(prompt, texts),
+                score=lambda texts: self._score(prompt, texts, search),
+                verify=None if search is self.scorer else lambda text: self._score(prompt, [text])[0],
                 generations_spent=1,
-                scores_spent=1,
+                scores_spent=1 if search is self.scorer else 2,
                 started=started,
             )
+            if not result.resolved and search is not self.scorer:
+                # The best response was judged by the search scorer only; the verdict comes from the scorer.
+                result.best_result = self._score(prompt, [result.best_text])[0]
         except ScorerError as exc:
             return self._scorer_failed(prompt, plain.text, exc, started, generations=1, plain_result=plain_result)
 
@@ -114,6 +132,7 @@ class Guard:
         audit.iterations = result.iterations
         audit.generations = result.generations
         audit.scores = result.scores
+        audit.verifications = result.verifications
         audit.cosine_similarity = result.cosine_similarity
         audit.steered_prompt = self.backend.nearest_tokens(result.embeddings)
         audit.stop_reason = result.stop_reason
@@ -185,15 +204,16 @@ class Guard:
         refusal = self.config.refusal_text
         return self._outcome(refusal, plain_text, plain_result, None, audit, prompt, self.backend.count_tokens(refusal))
 
-    def _score(self, prompt: EncodedPrompt, texts: list[str]) -> list[ModerationResult]:
+    def _score(self, prompt: EncodedPrompt, texts: list[str], scorer: Scorer | None = None) -> list[ModerationResult]:
         """Score texts in the context of the prompt; any failure becomes a ScorerError."""
+        scorer = scorer or self.scorer
         try:
-            return self.scorer.score(texts, prompts=[prompt.editable_text] * len(texts))
+            return scorer.score(texts, prompts=[prompt.editable_text] * len(texts))
         except TTSAGuardError:
             raise
         except Exception as exc:
-            msg = f"Scorer {self.scorer.name!r} failed with {type(exc).__name__}: {exc}"
-            raise ScorerError(msg, scorer=self.scorer.name) from exc
+            msg = f"Scorer {scorer.name!r} failed with {type(exc).__name__}: {exc}"
+            raise ScorerError(msg, scorer=scorer.name) from exc
 
     def _check_context(self, prompt: EncodedPrompt, generation: GenerationConfig) -> None:
         context = getattr(self.backend, "context_length", None)

@@ -34,6 +34,7 @@ __all__ = [
     "OptimizationResult",
     "ScoreFn",
     "StepRecord",
+    "VerifyFn",
     "ZerothOrderOptimizer",
     "estimate_gradient",
     "is_degenerate",
@@ -49,6 +50,9 @@ GenerateFn = Callable[[torch.Tensor], list[str]]
 
 ScoreFn = Callable[[list[str]], list[ModerationResult]]
 """Scores a list of texts."""
+
+VerifyFn = Callable[[str], ModerationResult]
+"""Gives the authoritative verdict on one text that the search scorer no longer flags."""
 
 StopReason = Literal["resolved", "resolved_early", "max_iterations", "max_generations", "max_seconds"]
 
@@ -162,6 +166,8 @@ class OptimizationResult:
     scores: int
     seconds: float
     embeddings: torch.Tensor
+    verifications: int
+    """Calls to the verify function (0 without a scorer cascade)."""
     cosine_similarity: float
     best_text: str
     best_result: ModerationResult
@@ -202,16 +208,19 @@ class ZerothOrderOptimizer:
         generate: GenerateFn,
         score: ScoreFn,
         *,
+        verify: VerifyFn | None = None,
         generations_spent: int = 0,
         scores_spent: int = 0,
         started: float | None = None,
     ) -> OptimizationResult:
         """Run the search from ``embeddings`` [T, d], whose response ``text`` scored ``result``.
 
-        ``generations_spent``, ``scores_spent`` and ``started`` (a ``time.monotonic`` value)
-        count work done before the call against the budgets.
+        With ``verify``, a response that ``score`` no longer flags is accepted only when
+        ``verify`` does not flag it either: a cheap scorer drives the search and an
+        authoritative one decides. ``generations_spent``, ``scores_spent`` and ``started``
+        (a ``time.monotonic`` value) count work done before the call against the budgets.
         """
-        run = _Run(self, embeddings, text, result, generate, score, generations_spent, scores_spent, started)
+        run = _Run(self, embeddings, text, result, generate, score, verify, generations_spent, scores_spent, started)
         return run.execute()
 
 
@@ -226,6 +235,7 @@ class _Run:
         result: ModerationResult,
         generate: GenerateFn,
         score: ScoreFn,
+        verify: VerifyFn | None,
         generations_spent: int,
         scores_spent: int,
         started: float | None,
@@ -238,6 +248,8 @@ class _Run:
         self.result = result
         self.generate = generate
         self.score = score
+        self.verify = verify
+        self.verifications = 0
         self.generations = generations_spent
         self.scores = scores_spent
         self.started = time.monotonic() if started is None else started
@@ -279,11 +291,13 @@ class _Run:
             ]
             if config.accept_early and accepted:
                 best = min(accepted, key=lambda i: results[i].score)
-                self.x = chunk[best].clone()
-                self.text, self.result = texts[best], results[best]
-                self.accepted_early = True
-                self._record(iteration)
-                return True
+                verdict = self._verify(texts[best], results[best])
+                if verdict is not None:
+                    self.x = chunk[best].clone()
+                    self.text, self.result = texts[best], verdict
+                    self.accepted_early = True
+                    self._record(iteration)
+                    return True
 
         gradient = estimate_gradient(
             directions, torch.tensor(candidate_scores), self.result.score, config.smoothing_radius
@@ -297,8 +311,25 @@ class _Run:
 
         texts, results = self._evaluate(self.x.unsqueeze(0))
         self.text, self.result = texts[0], results[0]
+        verdict = self._verify(self.text, self.result) if self.optimizer.is_accepted(self.text, self.result) else None
+        if verdict is not None:
+            self.result = verdict
+
         self._record(iteration)
-        return self.optimizer.is_accepted(self.text, self.result)
+        return verdict is not None
+
+    def _verify(self, text: str, result: ModerationResult) -> ModerationResult | None:
+        """Return the verdict that accepts ``text``, or None when the verify function flags it."""
+        if self.verify is None:
+            return result
+
+        verdict = self.verify(text)
+        self.verifications += 1
+        if self.optimizer.is_flagged(verdict):
+            logger.debug("the search scorer passed a response that the verify scorer flagged")
+            return None
+
+        return verdict
 
     def _within_floor(self, candidate: torch.Tensor) -> bool:
         """Return whether a candidate keeps the mean cosine similarity at or above the floor."""
@@ -366,6 +397,7 @@ class _Run:
             scores=self.scores,
             seconds=time.monotonic() - self.started,
             embeddings=self.x,
+            verifications=self.verifications,
             cosine_similarity=mean_cosine_similarity(self.x, self.original),
             best_text=self.best_text,
             best_result=self.best_result,
