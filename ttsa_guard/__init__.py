@@ -24,7 +24,18 @@ from ttsa_guard.errors import (
     TTSAGuardError,
 )
 from ttsa_guard.guard import Guard
-from ttsa_guard.moderation import BaseScorer, FunctionScorer, ModerationResult, ProfanityScorer, Scorer, load_scorer
+from ttsa_guard.moderation import (
+    BaseScorer,
+    CachedScorer,
+    ClassifierScorer,
+    FunctionScorer,
+    GuardModelScorer,
+    ModerationResult,
+    OpenAIModerationScorer,
+    ProfanityScorer,
+    Scorer,
+    load_scorer,
+)
 from ttsa_guard.optimizer import OptimizationResult, ZerothOrderOptimizer
 
 __all__ = [
@@ -32,6 +43,8 @@ __all__ = [
     "Backend",
     "BaseScorer",
     "BudgetExceededError",
+    "CachedScorer",
+    "ClassifierScorer",
     "ConfigurationError",
     "CorrectionFailedError",
     "EncodedPrompt",
@@ -41,25 +54,27 @@ __all__ = [
     "Guard",
     "GuardAudit",
     "GuardConfig",
-    "GuardOutcome",
     "GuardedChatModel",
+    "GuardModelScorer",
+    "GuardOutcome",
     "InvalidInputError",
+    "load_scorer",
     "ModelLoadError",
     "ModerationAPIError",
     "ModerationAuthenticationError",
     "ModerationRateLimitError",
     "ModerationResult",
     "ModerationTimeoutError",
+    "OpenAIModerationScorer",
     "OptimizationResult",
     "OptimizerConfig",
     "ProfanityScorer",
     "PromptTooLongError",
     "Scorer",
     "ScorerError",
-    "TTSAGuardError",
     "TransformersBackend",
+    "TTSAGuardError",
     "ZerothOrderOptimizer",
-    "load_scorer",
 ]
 
 __version__ = "0.1.0"

@@ -144,7 +144,12 @@ class TransformersBackend:
     def generate(
         self, prompt: EncodedPrompt, editable: torch.Tensor | None, config: GenerationConfig
     ) -> list[Generation]:
-        """Generate one response per row of ``editable`` [B, T, d]; None means the original span."""
+        """Generate one response per row of ``editable`` [B, T, d]; None means the original span.
+
+        The original prompt runs in one forward pass, like the plain model; the prefix cache
+        serves the perturbed batches that follow.
+        """
+        use_prefix_cache = config.reuse_prefix_cache and editable is not None and len(prompt.prefix_ids) > 0
         if editable is None:
             editable = prompt.editable_embeds.unsqueeze(0)
 
@@ -152,7 +157,7 @@ class TransformersBackend:
         editable = editable.to(self.device, self.model.dtype)
         suffix = prompt.suffix_embeds.to(self.model.dtype).expand(batch, -1, -1)
         with self._lock, torch.no_grad():
-            if config.reuse_prefix_cache and len(prompt.prefix_ids):
+            if use_prefix_cache:
                 cache = self._prefix_cache(prompt, batch)
                 inputs = torch.cat([editable, suffix], dim=1)  # [B, T + S, d]
                 past_length = len(prompt.prefix_ids)
