@@ -16,8 +16,8 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """Convert LangChain messages to chat-template dicts, rejecting input the guard cannot read.
 
     Raises:
-        InvalidInputError: No messages, an unsupported message type or content block, or an
-            empty or whitespace-only last message.
+        InvalidInputError: No messages, an unsupported message type or content block, or a last
+            message that is empty or whitespace only (a ToolMessage may be empty).
     """
     if not messages:
         msg = "The message list is empty; pass at least one HumanMessage."
@@ -25,7 +25,8 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
 
     converted = [_to_dict(message, index) for index, message in enumerate(messages)]
     last = converted[-1]
-    if not last["content"].strip() and not last.get("tool_calls"):
+    # A tool may return an empty result, and the model still responds to it.
+    if not last["content"].strip() and not last.get("tool_calls") and last["role"] != "tool":
         msg = f"The last message ({type(messages[-1]).__name__}) is empty or whitespace only; pass text to answer."
         raise InvalidInputError(msg)
 

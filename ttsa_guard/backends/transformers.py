@@ -72,9 +72,17 @@ class TransformersBackend:
         )
 
     def encode(
-        self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        prefill: str = "",
     ) -> EncodedPrompt:
-        """Render ``messages`` and split them around the last user message's content."""
+        """Render ``messages`` and split them around the last user message's content.
+
+        ``prefill`` is appended after the generation prompt, in the fixed suffix, so every
+        response continues it (such as the opening of a forced tool call).
+        """
         index = _last_user_index(messages)
         content = messages[index]["content"]
         if not isinstance(content, str) or not content.strip():
@@ -83,13 +91,13 @@ class TransformersBackend:
 
         with_sentinel = [dict(m) for m in messages]
         with_sentinel[index]["content"] = _SENTINEL
-        templated = self.render(with_sentinel, tools=tools)
+        templated = self.render(with_sentinel, tools=tools) + prefill
         if templated.count(_SENTINEL) != 1:
             msg = f"The chat template of {self.name!r} does not render message content verbatim."
             raise ModelLoadError(msg)
 
         prefix_text, suffix_text = templated.split(_SENTINEL)
-        text = self.render(messages, tools=tools)
+        text = self.render(messages, tools=tools) + prefill
         if text != prefix_text + content + suffix_text:
             # Some templates trim message content; the trimmed text is what the model reads.
             content = content.strip()
