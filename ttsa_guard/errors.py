@@ -62,10 +62,14 @@ class PromptTooLongError(InvalidInputError):
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.context_length = context_length
+        if prompt_tokens < context_length:
+            fix = f"Shorten the messages or lower max_new_tokens to at most {context_length - prompt_tokens}."
+        else:
+            fix = f"Shorten the messages by at least {prompt_tokens + max_new_tokens - context_length} tokens."
+
         msg = (
             f"The prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
-            f"but the model's context holds {context_length} tokens. Shorten the messages or "
-            f"lower max_new_tokens to at most {max(context_length - prompt_tokens, 0)}."
+            f"but the model's context holds {context_length} tokens. {fix}"
         )
         super().__init__(msg)
 
@@ -79,10 +83,13 @@ class ScorerError(TTSAGuardError, RuntimeError):
 
     Attributes:
         scorer: Name of the scorer that failed.
+        audit: The audit record of the guarded call as a dict, with ``stop_reason`` set to
+            ``"scorer_error"``, when the guard raised the error; empty otherwise.
     """
 
     def __init__(self, message: str, *, scorer: str = "unknown") -> None:
         self.scorer = scorer
+        self.audit: dict[str, Any] = {}
         super().__init__(message)
 
 

@@ -11,7 +11,7 @@ Each step normalizes g per token row, moves x <- x - step_size * g, and pulls
 rows whose cosine similarity to the original fell below a floor back onto it.
 The loop stops as soon as a response is no longer flagged.
 
-The optimizer knows only two callables: one generates texts from a batch of
+The optimizer depends on two callables only: one generates texts from a batch of
 embeddings, the other scores texts. It imports no model, scorer or LangChain code.
 """
 
@@ -56,8 +56,8 @@ VerifyFn = Callable[[str], ModerationResult]
 
 StopReason = Literal["resolved", "resolved_early", "max_iterations", "max_generations", "max_seconds"]
 
-# A degenerate response is never accepted; for the estimate it counts as maximally harmful,
-# so the search moves away from prompts that make the model say nothing.
+# A degenerate response is never accepted. For the estimate it counts as maximally harmful,
+# so the search moves away from prompts that make the model output nothing.
 _DEGENERATE_RESULT = ModerationResult(score=1.0, flagged=True, categories={"degenerate": 1.0})
 
 
@@ -358,6 +358,9 @@ class _Run:
         return [_DEGENERATE_RESULT if is_degenerate(t) else next(scored) for t in texts]
 
     def _charge(self, count: int) -> None:
+        # NOTE: the budgets are checked before each batch only. A call can run past max_seconds
+        # by one generation batch and the scorer calls after it: the search score and, in a
+        # cascade, one verification. A scorer call that hangs is never interrupted.
         config = self.config
         if config.max_seconds is not None and time.monotonic() - self.started >= config.max_seconds:
             raise _BudgetSpent("max_seconds")

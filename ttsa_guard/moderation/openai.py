@@ -85,7 +85,10 @@ class OpenAIModerationSettings(_Config):
     """Maximum texts per request. Default 32."""
 
     timeout: float = Field(default=30.0, gt=0.0)
-    """Seconds allowed for each request attempt (connect, send and read). Default 30."""
+    """Seconds allowed for each request attempt (connect, send and read). Default 30.
+
+    NOTE: httpx applies the timeout to each network operation, so a server that keeps sending
+    bytes, each within the timeout, can hold one attempt longer than this."""
 
     max_retries: int = Field(default=3, ge=0, le=20)
     """Retries after a 429, a 5xx, a timeout or a connection error, so a request makes at most
@@ -372,7 +375,8 @@ class OpenAIModerationScorer(BaseScorer):
         if not isinstance(message, str) or not message:
             return ""
 
-        return ": " + self._redact(message[:200])
+        # Redact before cutting, so that a key straddling the cut cannot leave a prefix behind.
+        return ": " + self._redact(message)[:200]
 
     def _redact(self, text: str) -> str:
         return text.replace(self.api_key.get_secret_value(), "**********")
