@@ -14,7 +14,10 @@ built-in class that callers already catch for that kind of failure::
     │       ├── ModerationAuthenticationError    401 or 403
     │       └── ModerationRateLimitError         429 after every retry
     ├── CorrectionFailedError(RuntimeError)  a flagged response stayed flagged
-    └── BudgetExceededError(CorrectionFailedError)  time or generation budget ran out
+    │   └── BudgetExceededError              time or generation budget ran out
+    └── FlaggedContentError(ValueError)      ModerationRunnable flagged a text under "raise"
+
+    ttsa_guard.evaluation adds DatasetError and RecordFileError, both InvalidInputError.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "BudgetExceededError",
     "ConfigurationError",
     "CorrectionFailedError",
+    "FlaggedContentError",
     "InvalidInputError",
     "ModelLoadError",
     "ModerationAPIError",
@@ -133,3 +137,25 @@ class CorrectionFailedError(TTSAGuardError, RuntimeError):
 
 class BudgetExceededError(CorrectionFailedError):
     """The wall-clock or generation budget of one guarded call ran out."""
+
+
+class FlaggedContentError(TTSAGuardError, ValueError):
+    """Moderation flagged a text under the ``raise`` policy.
+
+    Attributes:
+        source: What was flagged, such as ``"ToolMessage from tool 'search'"``.
+        scorer: Name of the scorer.
+        score: The text's score in [0, 1].
+        categories: The scorer's per-category scores.
+    """
+
+    def __init__(self, source: str, *, scorer: str, score: float, categories: dict[str, float]) -> None:
+        self.source = source
+        self.scorer = scorer
+        self.score = score
+        self.categories = categories
+        msg = (
+            f"Moderation flagged the {source} (scorer {scorer!r}, score {score:.3f}) under the 'raise' "
+            "policy. Pass policy='replace' to substitute a notice instead."
+        )
+        super().__init__(msg)

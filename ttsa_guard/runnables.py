@@ -29,7 +29,7 @@ from langchain_core.callbacks import (
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from ttsa_guard.errors import ConfigurationError, TTSAGuardError
+from ttsa_guard.errors import ConfigurationError, FlaggedContentError
 from ttsa_guard.moderation import load_scorer
 from ttsa_guard.moderation.base import ModerationResult, Scorer, validate_threshold
 
@@ -47,28 +47,6 @@ MODERATION_KEY = "ttsa_guard_moderation"
 """Key of a message's verdict in its ``response_metadata``."""
 
 DEFAULT_NOTICE = "[Content removed by moderation.]"
-
-
-class FlaggedContentError(TTSAGuardError, ValueError):
-    """Moderation flagged a text under the ``raise`` policy.
-
-    Attributes:
-        source: What was flagged, such as ``"ToolMessage from tool 'search'"``.
-        scorer: Name of the scorer.
-        score: The text's score in [0, 1].
-        categories: The scorer's per-category scores.
-    """
-
-    def __init__(self, source: str, *, scorer: str, score: float, categories: dict[str, float]) -> None:
-        self.source = source
-        self.scorer = scorer
-        self.score = score
-        self.categories = categories
-        msg = (
-            f"Moderation flagged the {source} (scorer {scorer!r}, score {score:.3f}) under the 'raise' "
-            "policy. Pass policy='replace' to substitute a notice instead."
-        )
-        super().__init__(msg)
 
 
 class ModerationRunnable(Runnable[Any, Any]):

@@ -70,9 +70,17 @@ class Backend(Protocol):
     """Model identifier shown in audit records."""
 
     def encode(
-        self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        prefill: str = "",
     ) -> EncodedPrompt:
-        """Render chat messages (role/content dicts) and split them into the three spans."""
+        """Render chat messages (role/content dicts) and split them into the three spans.
+
+        ``prefill`` goes after the generation prompt, in the fixed suffix, so every response
+        continues it (the opening of a forced tool call).
+        """
         ...
 
     def generate(
