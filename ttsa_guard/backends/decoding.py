@@ -54,14 +54,17 @@ def decode_batch(
 
     # Positions count only real tokens, so left padding does not shift them.
     positions = (mask.cumsum(dim=-1) - 1).clamp_min(0) + past_length  # [B, L]
-    attention = torch.cat([torch.ones(batch, past_length, dtype=mask.dtype, device=device), mask], dim=1)
+    attention = None
+    if not bool(mask.all()):
+        # Without padding no mask is passed, so attention can take its plain causal path.
+        attention = torch.cat([torch.ones(batch, past_length, dtype=mask.dtype, device=device), mask], dim=1)
     cache, logits = forward(model, cache, inputs_embeds=inputs, attention_mask=attention, position_ids=positions)
     next_position = positions[:, -1] + 1  # [B]
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     reasons = ["length"] * batch
     active = torch.arange(batch, device=device)  # original row of each batch entry
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = [False] * batch  # per batch entry
     embed = model.get_input_embeddings()
 
     for step in range(config.max_new_tokens):
@@ -78,16 +81,18 @@ def decode_batch(
             if config.stop and _ends_in_stop(decode_text(tokens[row]), config.stop):
                 finished[entry], reasons[row] = True, "stop"
 
-        if bool(finished.all()) or step == config.max_new_tokens - 1:
+        if all(finished) or step == config.max_new_tokens - 1:
             break
 
-        if config.drop_finished and bool(finished.any()):
-            keep = (~finished).nonzero().squeeze(-1)
+        if config.drop_finished and any(finished):
+            keep = torch.tensor([entry for entry, done in enumerate(finished) if not done], device=device)
             cache.batch_select_indices(keep)
             active, next_ids, next_position = active[keep], next_ids[keep], next_position[keep]
-            attention, finished = attention[keep], finished[keep]
+            attention = attention[keep] if attention is not None else None
+            finished = [False] * len(keep)
 
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        if attention is not None:
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         cache, logits = forward(
             model,
             cache,
