@@ -269,9 +269,9 @@ def test_concurrent_first_scores_load_once(
     loads: list[int] = []
     prepare = scorer._prepare
 
-    def counting_prepare() -> Any:
+    def counting_prepare(model: Any, tokenizer: Any) -> Any:
         loads.append(1)
-        return prepare()
+        return prepare(model, tokenizer)
 
     monkeypatch.setattr(scorer, "_prepare", counting_prepare)
     results: list[float] = []

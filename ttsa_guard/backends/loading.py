@@ -76,7 +76,6 @@ def load_model_and_tokenizer(spec: str, *, device: str = "cpu", dtype: str = "fl
     Returns:
         ``(model, tokenizer)`` with the model in eval mode.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _torch_dtype(dtype)

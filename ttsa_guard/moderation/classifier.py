@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ttsa_guard.errors import ConfigurationError, ModelLoadError
-from ttsa_guard.moderation.base import BaseScorer, ModerationResult, validate_threshold
+from ttsa_guard.errors import ConfigurationError
+from ttsa_guard.moderation.base import ModerationResult, validate_threshold
+from ttsa_guard.moderation.local import LocalModelScorer
 
 __all__ = ["ClassifierScorer", "is_benign_label"]
 
 _BENIGN_WORDS = frozenset({"safe", "neutral", "ok", "okay", "normal", "benign", "clean", "harmless", "acceptable"})
 _NEGATIONS = frozenset({"non", "not", "no"})
-# Limits at or above this mean "no limit", such as the int(1e30) of tokenizers without one.
-_NO_LIMIT = 10**9
 
 
 def is_benign_label(label: str, num_labels: int) -> bool:
@@ -67,7 +65,7 @@ class _Loaded:
     max_length: int | None
 
 
-class ClassifierScorer(BaseScorer):
+class ClassifierScorer(LocalModelScorer["_Loaded"]):
     """Scores texts with a sequence-classification model.
 
     Each text's score is the largest probability among the harmful labels, and
@@ -99,6 +97,10 @@ class ClassifierScorer(BaseScorer):
         ModelLoadError: The model or tokenizer cannot be loaded.
     """
 
+    kind = "classifier"
+    auto_class = "AutoModelForSequenceClassification"
+    description = "classifier"
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Any,
@@ -113,63 +115,25 @@ class ClassifierScorer(BaseScorer):
         model_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be an int >= 1, got {batch_size!r}."
-            raise ConfigurationError(msg)
-
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-            msg = f"max_length must be None or an int >= 1, got {max_length!r}."
-            raise ConfigurationError(msg)
-
         if isinstance(harmful_labels, str):
             msg = f"harmful_labels must be a list of labels, got the single string {harmful_labels!r}."
             raise ConfigurationError(msg)
 
-        self._source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-        if self._source is None and tokenizer is None:
-            msg = "ClassifierScorer needs tokenizer= when given a built model instead of an id or folder."
-            raise ConfigurationError(msg)
-
-        self._model = None if self._source is not None else model
-        self._tokenizer = tokenizer
+        super().__init__(
+            model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            model_kwargs=model_kwargs,
+            name=name,
+        )
         self.harmful_labels = list(harmful_labels) if harmful_labels is not None else None
         self.multi_label = multi_label
         self.threshold = validate_threshold(threshold)
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = device
-        self.model_kwargs = dict(model_kwargs or {})
-        self.name = name or (f"classifier:{self._source}" if self._source else "classifier")
-        self._loaded: _Loaded | None = None
-        self._lock = threading.Lock()
-        if self._source is None:
-            self.load()
+        self._load_if_built()
 
-    def load(self) -> None:
-        """Load the model and tokenizer now instead of on the first score."""
-        self._ensure_loaded()
-
-    def _ensure_loaded(self) -> _Loaded:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = self._prepare()
-
-            return self._loaded
-
-    def _prepare(self) -> _Loaded:
-        import torch
-
-        if self._source is not None:
-            model, tokenizer = self._from_pretrained(self._source)
-            # A device_map in model_kwargs has placed the weights already.
-            if "device_map" not in self.model_kwargs:
-                # NOTE: the tests run on CPU only, so this CUDA default is untested.
-                model.to(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        else:
-            model, tokenizer = self._model, self._tokenizer
-            if self.device is not None:
-                model.to(self.device)
-
+    def _prepare(self, model: Any, tokenizer: Any) -> _Loaded:
         if tokenizer.pad_token is None:
             msg = f"The tokenizer of {self.name} has no pad token, so texts cannot be batched. Set tokenizer.pad_token."
             raise ConfigurationError(msg)
@@ -188,22 +152,7 @@ class ClassifierScorer(BaseScorer):
         )
 
     def _from_pretrained(self, source: str) -> tuple[Any, Any]:
-        try:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        except ImportError as exc:
-            msg = "ClassifierScorer needs transformers: pip install transformers"
-            raise ModelLoadError(msg) from exc
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForSequenceClassification.from_pretrained(source, **self.model_kwargs)
-        except (OSError, ValueError) as exc:
-            msg = (
-                f"Could not load the classifier {source!r}: {exc}. Check the model id or folder. "
-                "With HF_HUB_OFFLINE=1 the model must already be in the local cache."
-            )
-            raise ModelLoadError(msg) from exc
-
+        model, tokenizer = super()._from_pretrained(source)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -259,14 +208,6 @@ class ClassifierScorer(BaseScorer):
             raise ConfigurationError(msg)
 
         return num_labels == 1
-
-    def _limit(self, tokenizer: Any, config: Any) -> int | None:
-        if self.max_length is not None:
-            return self.max_length
-
-        candidates = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-        limits = [value for value in candidates if isinstance(value, int) and 0 < value < _NO_LIMIT]
-        return min(limits, default=None)
 
     def _score(self, texts: list[str], prompts: list[str | None]) -> list[ModerationResult]:
         import torch

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ttsa_guard.errors import ConfigurationError, ModelLoadError, ScorerError
-from ttsa_guard.moderation.base import BaseScorer, ModerationResult, validate_threshold
+from ttsa_guard.errors import ConfigurationError, ScorerError
+from ttsa_guard.moderation.base import ModerationResult, validate_threshold
+from ttsa_guard.moderation.local import LocalModelScorer
 
 __all__ = ["GuardModelScorer"]
 
-# Limits at or above this mean "no limit", such as the int(1e30) of tokenizers without one.
-_NO_LIMIT = 10**9
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class _Loaded:
     pass_position_ids: bool
 
 
-class GuardModelScorer(BaseScorer):
+class GuardModelScorer(LocalModelScorer["_Loaded"]):
     """Scores responses with a guard model's probability of generating "unsafe".
 
     The chat template renders [user prompt, assistant response], or the text alone as a
@@ -81,6 +79,10 @@ class GuardModelScorer(BaseScorer):
         ModelLoadError: The model or tokenizer cannot be loaded.
     """
 
+    kind = "guard"
+    auto_class = "AutoModelForCausalLM"
+    description = "guard model"
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Any,
@@ -97,65 +99,27 @@ class GuardModelScorer(BaseScorer):
         model_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be an int >= 1, got {batch_size!r}."
-            raise ConfigurationError(msg)
-
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-            msg = f"max_length must be None or an int >= 1, got {max_length!r}."
-            raise ConfigurationError(msg)
-
         if not safe_token or not unsafe_token or safe_token == unsafe_token:
             msg = f"safe_token and unsafe_token must be two different non-empty strings, got {safe_token!r} and {unsafe_token!r}."
             raise ConfigurationError(msg)
 
-        self._source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-        if self._source is None and tokenizer is None:
-            msg = "GuardModelScorer needs tokenizer= when given a built model instead of an id or folder."
-            raise ConfigurationError(msg)
-
-        self._model = None if self._source is not None else model
-        self._tokenizer = tokenizer
+        super().__init__(
+            model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+            model_kwargs=model_kwargs,
+            name=name,
+        )
         self.safe_token = safe_token
         self.unsafe_token = unsafe_token
         self.threshold = validate_threshold(threshold)
-        self.batch_size = batch_size
-        self.max_length = max_length
         self.chat_template = chat_template
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self.device = device
-        self.model_kwargs = dict(model_kwargs or {})
-        self.name = name or (f"guard:{self._source}" if self._source else "guard")
-        self._loaded: _Loaded | None = None
-        self._lock = threading.Lock()
-        if self._source is None:
-            self.load()
+        self._load_if_built()
 
-    def load(self) -> None:
-        """Load the model and tokenizer now instead of on the first score."""
-        self._ensure_loaded()
-
-    def _ensure_loaded(self) -> _Loaded:
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = self._prepare()
-
-            return self._loaded
-
-    def _prepare(self) -> _Loaded:
-        import torch
-
-        if self._source is not None:
-            model, tokenizer = self._from_pretrained(self._source)
-            # A device_map in model_kwargs has placed the weights already.
-            if "device_map" not in self.model_kwargs:
-                # NOTE: the tests run on CPU only, so this CUDA default is untested.
-                model.to(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        else:
-            model, tokenizer = self._model, self._tokenizer
-            if self.device is not None:
-                model.to(self.device)
-
+    def _prepare(self, model: Any, tokenizer: Any) -> _Loaded:
         template = self.chat_template or getattr(tokenizer, "chat_template", None)
         if not template:
             msg = f"The tokenizer of {self.name} has no chat template. Pass chat_template= with the guard's template."
@@ -191,33 +155,6 @@ class GuardModelScorer(BaseScorer):
             forward_options=options,
             pass_position_ids="position_ids" in parameters,
         )
-
-    def _limit(self, tokenizer: Any, config: Any) -> int | None:
-        if self.max_length is not None:
-            return self.max_length
-
-        candidates = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-        limits = [value for value in candidates if isinstance(value, int) and 0 < value < _NO_LIMIT]
-        return min(limits, default=None)
-
-    def _from_pretrained(self, source: str) -> tuple[Any, Any]:
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            msg = "GuardModelScorer needs transformers: pip install transformers"
-            raise ModelLoadError(msg) from exc
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, **self.model_kwargs)
-        except (OSError, ValueError) as exc:
-            msg = (
-                f"Could not load the guard model {source!r}: {exc}. Check the model id or folder. "
-                "With HF_HUB_OFFLINE=1 the model must already be in the local cache."
-            )
-            raise ModelLoadError(msg) from exc
-
-        return model, tokenizer
 
     @staticmethod
     def _first_token_id(tokenizer: Any, verdict: str) -> int:
