@@ -60,7 +60,7 @@ def build_config(cls: type[_Config], value: Any) -> Any:
 
 
 class GenerationConfig(_Config):
-    """How the chat model turns a prompt into a response."""
+    """Decoding settings of the chat model."""
 
     max_new_tokens: int = Field(default=48, ge=1, le=8192)
     """Maximum tokens per response. Default 48. Every perturbed evaluation generates this many
@@ -135,7 +135,7 @@ class OptimizerConfig(_Config):
     """Optimizer steps before the failure policy applies. Default 10."""
 
     seed: int = Field(default=0, ge=0)
-    """Seed of the random directions: same seed, same settings, same answer."""
+    """Seed of the random directions. The same seed and settings give the same response."""
 
     accept_early: bool = True
     """Accept a perturbed candidate at once when its response is no longer flagged and its mean
@@ -172,10 +172,10 @@ class OptimizerConfig(_Config):
 
 
 class GuardConfig(_Config):
-    """What the guard does around the optimizer."""
+    """Failure policies and the score cache around the optimizer."""
 
     failure_policy: Literal["refuse", "best_effort", "raise"] = "refuse"
-    """What to return when a flagged response stays flagged after the budget. ``refuse``
+    """Policy for a response that stays flagged after the budget. ``refuse``
     (default) returns ``refusal_text``; ``best_effort`` returns the least harmful response
     found, marked unresolved in the audit record; ``raise`` raises CorrectionFailedError."""
 
@@ -188,5 +188,5 @@ class GuardConfig(_Config):
     every text. Default 4096."""
 
     scorer_failure_policy: Literal["raise", "refuse"] = "raise"
-    """What to do when the scorer cannot answer: ``raise`` (default) a ScorerError, or return
+    """Action when the scorer fails to return a score: ``raise`` (default) a ScorerError, or return
     ``refusal_text``. The guard never returns an unscored response."""

@@ -98,11 +98,11 @@ class ScorerError(TTSAGuardError, RuntimeError):
 
 
 class ModerationTimeoutError(ScorerError, TimeoutError):
-    """The moderation server did not answer within the timeout, after every retry."""
+    """The moderation server did not respond within the timeout, after every retry."""
 
 
 class ModerationAPIError(ScorerError):
-    """The moderation server answered with an error status or an unreadable body.
+    """The moderation server responded with an error status or an unreadable body.
 
     Attributes:
         status_code: HTTP status of the last response, or None when the body was unreadable
@@ -119,7 +119,7 @@ class ModerationAuthenticationError(ModerationAPIError):
 
 
 class ModerationRateLimitError(ModerationAPIError):
-    """The moderation server kept answering HTTP 429 after every retry."""
+    """The moderation server kept responding with HTTP 429 after every retry."""
 
 
 class CorrectionFailedError(TTSAGuardError, RuntimeError):
