@@ -188,6 +188,7 @@ def test_prompt_longer_than_context_raises(tiny_backend):
         ({"guard": {"failure_policy": "shrug"}}, r"failure_policy='shrug'.*'refuse', 'best_effort' or 'raise'"),
         ({"temperature": 9.0}, r"temperature must be in \[0, 5\], got 9.0"),
         ({"scorer": "nonsense"}, r"Unknown scorer 'nonsense'"),
+        ({"max_token": 5}, r"GuardedChatModel.max_token=5: unknown setting"),
     ],
 )
 def test_invalid_settings_raise_configuration_error(settings, match):

@@ -267,3 +267,15 @@ def test_plot_threshold_follows_flags(argv, expected):
     args = cli.build_parser().parse_args(["chat", "Hi", *argv])
 
     assert cli.flag_threshold(cli.build_model(args)) == expected
+
+
+def test_eval_output_folder_is_rejected_before_loading(tmp_path, capsys):
+    from ttsa_guard.cli import main
+
+    dataset = tmp_path / "prompts.csv"
+    dataset.write_text("id,prompt\n1,hello\n", encoding="utf-8")
+
+    code = main(["eval", str(dataset), "--model", "/nonexistent/model", "-o", str(tmp_path)])
+
+    assert code == 2
+    assert "is a folder; pass a JSONL file path" in capsys.readouterr().err

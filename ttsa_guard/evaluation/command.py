@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     # Imported here because the command line imports this module to build its parser.
     from ttsa_guard.cli import build_model, flag_threshold, load_guard
 
+    if args.output.is_dir():
+        msg = f"--output {str(args.output)!r} is a folder; pass a JSONL file path such as {str(args.output / 'eval.jsonl')!r}."
+        raise InvalidInputError(msg)
+
     llm = build_model(args)
     prompts = load_prompts(
         args.dataset,
