@@ -279,3 +279,23 @@ def test_eval_output_folder_is_rejected_before_loading(tmp_path, capsys):
 
     assert code == 2
     assert "is a folder; pass a JSONL file path" in capsys.readouterr().err
+
+
+def test_eval_resume_with_other_settings_is_rejected(tmp_path, capsys):
+    import json
+
+    from ttsa_guard.cli import main
+
+    dataset = tmp_path / "prompts.csv"
+    dataset.write_text("id,prompt\n1,hello\n", encoding="utf-8")
+    output = tmp_path / "run.jsonl"
+    output.write_text("", encoding="utf-8")
+    from ttsa_guard.config import OptimizerConfig
+
+    earlier = {"run": {"model": "/nonexistent/model", "scorer": "profanity", "optimizer": OptimizerConfig().model_dump()}}
+    (tmp_path / "run.summary.json").write_text(json.dumps(earlier), encoding="utf-8")
+
+    code = main(["eval", str(dataset), "--model", "/nonexistent/model", "--num-directions", "4", "-o", str(output)])
+
+    assert code == 2
+    assert "(optimizer differ" in capsys.readouterr().err, "only the optimizer settings changed"

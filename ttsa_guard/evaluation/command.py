@@ -85,12 +85,15 @@ def run(args: argparse.Namespace) -> int:
         msg = f"No prompts selected from {args.dataset} ({prompts.total_rows} rows, {len(prompts.skipped_rows)} empty)."
         raise InvalidInputError(msg)
 
-    load_guard(llm, args.model)
-    records = evaluate(llm, prompts, output=args.output, progress=not args.no_progress)
-    summary = summarize(records, skipped_rows=len(prompts.skipped_rows))
     prefix = args.output.with_suffix("") if args.output.suffix == ".jsonl" else args.output
     summary_path = prefix.with_name(prefix.name + ".summary.json")
     run_settings = _run_settings(args, llm, len(prompts))
+    if args.output.exists():
+        _check_resume_settings(summary_path, run_settings)
+
+    load_guard(llm, args.model)
+    records = evaluate(llm, prompts, output=args.output, progress=not args.no_progress)
+    summary = summarize(records, skipped_rows=len(prompts.skipped_rows))
     summary_path.write_text(json.dumps({"summary": summary.model_dump(), "run": run_settings}, indent=2) + "\n")
 
     print(format_summary(summary))
@@ -119,6 +122,27 @@ def _parse_where(conditions: Sequence[str]) -> dict[str, str]:
         where[column] = value
 
     return where
+
+
+# Settings that change the records, so a resumed run must use the same ones.
+_RECORD_SETTINGS = ("template", "model", "scorer", "device", "dtype", "generation", "optimizer", "guard")
+
+
+def _check_resume_settings(summary_path: Path, run_settings: dict[str, Any]) -> None:
+    """Raise ConfigurationError when the records file was written with other settings."""
+    try:
+        previous = json.loads(summary_path.read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("cannot read %s, so the resumed run's settings are not compared", summary_path)
+        return
+
+    changed = [key for key in _RECORD_SETTINGS if key in previous and previous[key] != run_settings[key]]
+    if changed:
+        msg = (
+            f"The records in {str(run_settings['output'])!r} were made with other settings ({', '.join(changed)} "
+            f"differ, see {str(summary_path)!r}). Resume with the same settings, or pass a new --output."
+        )
+        raise ConfigurationError(msg)
 
 
 def _run_settings(args: argparse.Namespace, llm: GuardedChatModel, prompts: int) -> dict[str, Any]:
