@@ -29,7 +29,7 @@ def test_summary_charges_failed_prompts_to_neutralized_ones():
     assert summary["median_seconds"] == 20.0
 
 
-def test_summary_without_neutralized_prompts_has_no_per_prompt_cost():
+def test_summary_without_neutralized_prompts():
     summary = _summarize_mode([run(False, 5.0, 10)])
 
     assert summary["neutralization_rate"] == 0.0

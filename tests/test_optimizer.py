@@ -52,7 +52,7 @@ def test_antithetic_directions_are_negated_pairs():
     torch.testing.assert_close(directions[3:], -directions[:3])
 
 
-def test_normalize_rows_gives_unit_rows_and_keeps_zero_rows():
+def test_normalize_rows_unit_and_zero():
     gradient = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
 
     normalized = normalize_rows(gradient)
@@ -60,7 +60,7 @@ def test_normalize_rows_gives_unit_rows_and_keeps_zero_rows():
     torch.testing.assert_close(normalized, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
 
 
-def test_projection_puts_low_rows_on_floor_and_keeps_norm():
+def test_projection_onto_cosine_floor():
     original = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     x = torch.tensor([[0.0, 2.0], [1.0, 0.1]])
 

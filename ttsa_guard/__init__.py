@@ -1,4 +1,4 @@
-"""ttsa-guard: a LangChain chat model that corrects its flagged answers at test time.
+"""ttsa-guard: a LangChain chat model that corrects its flagged responses at test time.
 
 Flagged responses are corrected by Test-Time Safety Alignment (Saglam and
 Kalogerias, arXiv 2604.26167): a zeroth-order search over the prompt's input

@@ -35,7 +35,7 @@ class StepAudit(BaseModel):
 
 
 class GuardAudit(BaseModel):
-    """What the guard did for one call."""
+    """Record of the guard's work on one call."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,7 +51,7 @@ class GuardAudit(BaseModel):
     search_scorer: str | None = None
     """Scorer that drove the optimizer's search in a scorer cascade; None when ``scorer`` did."""
     score_before: float | None
-    """Score of the plain response; None when the scorer failed before answering."""
+    """Score of the plain response; None when the scorer failed before returning a score."""
     flagged_before: bool | None
     score_after: float | None
     """Score of the returned text; None for a refusal text that was not scored."""

@@ -1,4 +1,4 @@
-"""The LangChain face of the guard: a chat model that corrects its own flagged answers."""
+"""The LangChain face of the guard: a chat model that corrects its own flagged responses."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class GuardedChatModel(BaseChatModel):
         ``"ttsa_guard.correction"`` with the audit summary (scores and counts, never text).
 
     Response metadata:
-        ``response_metadata["ttsa_guard"]`` holds the audit record: scorer, score and flag
+        ``response_metadata["ttsa_guard"]`` contains the audit record: scorer, score and flag
         before and after, iterations, generations and scores spent, seconds, cosine similarity
         of the steered prompt, and its nearest-token reading. It never holds the flagged text.
 

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every subcommand except the benchmark's own options."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="A LangChain chat model that corrects flagged answers by test-time safety alignment.",
+        description="A LangChain chat model that corrects flagged responses by test-time safety alignment.",
     )
     parser.add_argument(
         "--log-level",

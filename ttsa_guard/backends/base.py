@@ -1,10 +1,11 @@
 """The backend protocol: how text is produced from prompt embeddings.
 
-A backend renders chat messages into three spans of input embeddings: a fixed
-prefix (chat template tokens, system prompt, earlier turns), the editable part
-(by default the content of the last user message) and a fixed suffix (the end
-of that message and the generation prompt). The optimizer perturbs only the
-editable span; the backend generates a response for each perturbed copy.
+A backend renders chat messages into three spans of input embeddings. The fixed
+prefix holds the chat template tokens, system prompt and earlier turns. The
+editable part is by default the content of the last user message. The fixed
+suffix is the end of that message and the generation prompt. The optimizer
+perturbs only the editable span, and the backend generates a response for each
+perturbed copy.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Generation:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the guard needs from a chat model."""
+    """Interface the guard needs from a chat model backend."""
 
     name: str
     """Model identifier shown in audit records."""

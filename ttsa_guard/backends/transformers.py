@@ -62,7 +62,7 @@ class TransformersBackend:
 
     @property
     def context_length(self) -> int | None:
-        """Maximum positions the model accepts, or None when its config does not say."""
+        """Maximum positions the model accepts, or None when its config does not set it."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None) -> str:

@@ -38,7 +38,7 @@ class LocalModelScorer(BaseScorer, Generic[Loaded]):
     """Name of the transformers auto class that loads the model from an id or folder."""
 
     description = "model"
-    """What the model is, for error messages, such as ``classifier`` or ``guard model``."""
+    """Model description used in error messages, such as ``classifier`` or ``guard model``."""
 
     def __init__(
         self,

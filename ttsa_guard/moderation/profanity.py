@@ -3,8 +3,8 @@
 The model ships inside its wheel, so it needs no network and no API key. It
 was trained on about 200k labelled comments and scores offensive and profane
 language. It does not recognize semantic harm, such as dangerous instructions
-written in polite words; use the OpenAI Moderation API, a local classifier or
-a guard model for that.
+written in polite words. For that, use the OpenAI Moderation API, a local
+classifier or a guard model.
 """
 
 from __future__ import annotations
